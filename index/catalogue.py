@@ -143,7 +143,7 @@ class Catalogue:
 
 _ICD_RE = re.compile(r"^([A-Z])(\d\d)\.?([0-9A-Z]{0,2})[+*!†]?$")
 _MORPH_RE = re.compile(r"^(\d{4})[/:](\d)$")
-_OPS_RE = re.compile(r"^(\d)-?(\d{2,3})(?:\.?([0-9a-z]{1,2}))?$")
+_OPS_RE = re.compile(r"^(\d)-?(\d{2}[0-9a-z]?)(?:\.?([0-9a-z]{1,2}))?$")  # 5-870.a2, 8-52d.0
 
 
 def normalize_code(code: str, system: str) -> str:

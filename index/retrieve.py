@@ -1,0 +1,191 @@
+"""Retrieval of candidate codes: dense (e5 + FAISS) and lexical (character n-grams) search, fused per code.
+
+For one text and one system:
+1. The text is normalised (abbreviations written out, see normalize.py).
+2. Dense: the query embedding against the FAISS store; lexical: its character n-grams against the inverted
+   TF-IDF matrix. Each gives the best-matching catalogue rows.
+3. Rows are turned into codes (a code scores with its best row) and the two code rankings are fused by
+   reciprocal rank fusion (or taken alone: `method="dense"` / `"lexical"`).
+4. Hierarchy: a code also earns a share of the best score in its 3-character category, and the codable
+   subcodes of the best categories join the list. A hit on a category title ("Bösartige Neubildung der Bronchien
+   und der Lunge") thereby brings its terminal codes, and siblings of a near miss stay in reach.
+5. Only codable (terminal) codes are returned, each once, with its title, the best-matching term and a score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from oncocoder import config
+from oncocoder.errors import UserError
+from oncocoder.index.catalogue import Catalogue, load_catalogue
+from oncocoder.index.embedding import Embedder
+from oncocoder.index.normalize import expand, lexical_form
+from oncocoder.index.store import IndexConfig, SystemIndex, load_index
+
+METHODS = ("fused", "dense", "lexical")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    code: str
+    title: str
+    matched: str  # the catalogue term that matched best
+    score: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    method: str = "fused"
+    depth: int = 100  # rows taken from each search before fusion
+    rrf_k: int = 20  # reciprocal rank fusion constant
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    category_weight: float = 0.5  # share of the category's best score given to every code in it
+    expand_categories: int = 3  # codable subcodes of this many top categories join the list
+
+
+def validate_text(text: object) -> str:
+    """The text, stripped; a UserError for empty, non-text or over-long input."""
+    if not isinstance(text, str):
+        raise UserError("The text must be a string.")
+    stripped = " ".join(text.split())
+    if not stripped:
+        raise UserError("The text is empty; give a diagnosis text such as 'Mamma-Ca li. oben außen'.")
+    if len(stripped) > config.MAX_TEXT_CHARS:
+        raise UserError(f"The text has {len(stripped)} characters; the limit is {config.MAX_TEXT_CHARS} "
+                        "(one diagnosis per text).")
+    return stripped
+
+
+class Retriever:
+    """Candidate codes per system for a diagnosis text."""
+
+    def __init__(self, index_cfg: IndexConfig = IndexConfig(), cfg: RetrievalConfig = RetrievalConfig(),
+                 catalogue: Catalogue | None = None, embedder: Embedder | None = None):
+        if cfg.method not in METHODS:
+            raise UserError(f"Unknown retrieval method {cfg.method!r}; choose one of {', '.join(METHODS)}.")
+        self.index_cfg, self.cfg = index_cfg, cfg
+        self.catalogue = catalogue or load_catalogue(index_cfg.alphabet)
+        self.systems = load_index(index_cfg, self.catalogue)
+        self.embedder = embedder or Embedder(index_cfg.embedding)
+        self._terminal = {s: np.array([self._is_terminal(ix, r) for r in range(len(ix.texts))])
+                          for s, ix in self.systems.items()}
+
+    def _is_terminal(self, ix: SystemIndex, row: int) -> bool:
+        return any(self.catalogue.is_valid(ix.entries[i].code, ix.system) for i in ix.row_entries[row])
+
+    # ------------------------------------------------------------------ searches
+    def _dense(self, ix: SystemIndex, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from llama_index.core.vector_stores.types import VectorStoreQuery
+
+        res = ix.vector_store.query(VectorStoreQuery(query_embedding=qvec.tolist(),
+                                                     similarity_top_k=min(self.cfg.depth, len(ix.texts))))
+        return np.array([int(i) for i in res.ids]), np.array(res.similarities, dtype=np.float32)
+
+    def _lexical(self, ix: SystemIndex, query: str) -> tuple[np.ndarray, np.ndarray]:
+        q = ix.vectorizer.transform([lexical_form(query)])
+        if q.nnz == 0:
+            return np.array([], dtype=int), np.array([], dtype=np.float32)
+        scores = (q @ ix.inverted).toarray().ravel()
+        n = min(self.cfg.depth, int((scores > 0).sum()))
+        if n == 0:
+            return np.array([], dtype=int), np.array([], dtype=np.float32)
+        top = np.argpartition(-scores, n - 1)[:n]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top, scores[top]
+
+    # ------------------------------------------------------------------ fusion
+    def _code_ranking(self, ix: SystemIndex, rows: np.ndarray, scores: np.ndarray) -> dict[str, tuple[float, int]]:
+        """code -> (best score, best row), in rank order of first appearance."""
+        out: dict[str, tuple[float, int]] = {}
+        for row, score in zip(rows.tolist(), scores.tolist()):
+            for i in ix.row_entries[row]:
+                code = ix.entries[i].code
+                if code not in out:
+                    out[code] = (score, row)
+        return out
+
+    def _fuse(self, ix: SystemIndex, dense, lexical) -> tuple[dict[str, float], dict[str, int]]:
+        """Reciprocal rank fusion of the code rankings; each code keeps the row of its strongest part."""
+        parts = []
+        if self.cfg.method in ("fused", "dense"):
+            parts.append((self.cfg.dense_weight, self._code_ranking(ix, *dense)))
+        if self.cfg.method in ("fused", "lexical"):
+            parts.append((self.cfg.lexical_weight, self._code_ranking(ix, *lexical)))
+        scores: dict[str, float] = {}
+        best: dict[str, tuple[float, int]] = {}
+        for weight, ranking in parts:
+            for rank, (code, (_, row)) in enumerate(ranking.items()):
+                contribution = weight / (self.cfg.rrf_k + rank + 1)
+                scores[code] = scores.get(code, 0.0) + contribution
+                if code not in best or contribution > best[code][0]:
+                    best[code] = (contribution, row)
+        return scores, {code: row for code, (_, row) in best.items()}
+
+    def _hierarchy(self, system: str, scores: dict[str, float]) -> dict[str, float]:
+        """Terminal codes only, each with a share of its category's best score; top categories expanded."""
+        cat = self.catalogue
+        by_category: dict[str, float] = {}
+        for code, s in scores.items():
+            info = cat.info(code, system)
+            key = info.category if info else code
+            by_category[key] = max(by_category.get(key, 0.0), s)
+        out: dict[str, float] = {}
+        for code, s in scores.items():
+            for t in cat.terminal_descendants(code, system):
+                if t.code == code:
+                    out[code] = max(out.get(code, 0.0), s)
+                else:  # a hit on a non-terminal title counts for its subcodes like a category hit
+                    out.setdefault(t.code, 0.0)
+        top_categories = sorted(by_category, key=by_category.get, reverse=True)[:self.cfg.expand_categories]
+        for category in top_categories:
+            for t in cat.terminal_descendants(category, system):
+                out.setdefault(t.code, 0.0)
+        w = self.cfg.category_weight
+        return {code: s + w * by_category.get(cat.info(code, system).category, 0.0) for code, s in out.items()}
+
+    # ------------------------------------------------------------------ API
+    def search(self, text: str, k: int = 10, systems: tuple[str, ...] | list[str] | None = None,
+               ) -> dict[str, list[Candidate]]:
+        """The top-k codable candidates per system, best first."""
+        text = validate_text(text)
+        if k < 1:
+            raise UserError(f"-k must be at least 1 (got {k}).")
+        systems = list(systems or self.systems)
+        unknown = [s for s in systems if s not in self.systems]
+        if unknown:
+            raise UserError(f"Unknown system {unknown[0]!r}; choose one of {', '.join(self.systems)}.")
+        query = expand(text) or text
+        qvec = self.embedder.queries([query])[0] if self.cfg.method != "lexical" else None
+        return {s: self._search_system(self.systems[s], query, qvec, k) for s in systems}
+
+    def _search_system(self, ix: SystemIndex, query: str, qvec, k: int) -> list[Candidate]:
+        empty = (np.array([], dtype=int), np.array([], dtype=np.float32))
+        dense = self._dense(ix, qvec) if qvec is not None else empty
+        lexical = self._lexical(ix, query) if self.cfg.method != "dense" else empty
+        scores, best_row = self._fuse(ix, dense, lexical)
+        final = self._hierarchy(ix.system, scores)
+        ranked = sorted(final.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        out = []
+        for code, score in ranked:
+            info = self.catalogue.info(code, ix.system)
+            row = best_row.get(code)
+            matched = ix.texts[row] if row is not None else info.title  # joined through its category
+            out.append(Candidate(code, info.title, matched, round(float(score), 6)))
+        return out
+
+    def timed_search(self, text: str, k: int = 10) -> tuple[dict[str, list[Candidate]], float]:
+        t0 = time.perf_counter()
+        out = self.search(text, k)
+        return out, (time.perf_counter() - t0) * 1000
+
+
+def candidates_json(result: dict[str, list[Candidate]]) -> dict[str, list[dict]]:
+    return {s: [c.to_dict() for c in cands] for s, cands in result.items()}

@@ -1,0 +1,181 @@
+"""The `oncocoder` command line: thin subcommands over the Python API.
+
+A user mistake (a flag, a file, a value) ends with one sentence on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from oncocoder import config
+from oncocoder.errors import UserError
+
+
+def _index_config(args):
+    from oncocoder.index.embedding import embedding_config
+    from oncocoder.index.store import IndexConfig
+
+    emb = embedding_config(args.embedding_model, quantize=args.quantize)
+    return IndexConfig(name=args.index_name, alphabet=args.alphabet, embedding=emb,
+                       **({"faiss": args.faiss} if getattr(args, "faiss", None) else {}))
+
+
+def _add_index_args(p: argparse.ArgumentParser) -> None:
+    from oncocoder.index.store import DEFAULT_INDEX_NAME
+
+    p.add_argument("--embedding-model", default=config.DEFAULT_EMBEDDING_MODEL,
+                   help="sentence-transformers model id or folder (default: %(default)s, prepared offline)")
+    p.add_argument("--quantize", default="int8", choices=["none", "int8"],
+                   help="int8 dynamic quantisation of the encoder on CPU (default: %(default)s)")
+    p.add_argument("--alphabet", default="alphaidse", choices=["alphaidse", "alpha2010"],
+                   help="alphabetical index for ICD-10-GM synonyms (default: %(default)s)")
+    p.add_argument("--index-name", default=DEFAULT_INDEX_NAME, help="index folder name under the cache")
+
+
+def _read_jsonl_texts(path: Path) -> list[dict]:
+    """Rows with `id` and `text` from a JSONL file; a broken line becomes a row with an error."""
+    if not path.exists():
+        raise UserError(f"The input file {path} does not exist.")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError
+                rows.append({"id": obj.get("id", n), "text": obj.get("text"), "line": n})
+            except ValueError:
+                rows.append({"id": n, "text": None, "line": n, "error": f"line {n} is not a JSON object"})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+def cmd_models(args) -> int:
+    from oncocoder.models import prepare_all
+
+    for name, path in prepare_all(force=args.force).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_index_build(args) -> int:
+    from oncocoder.index.store import build_index, read_manifest
+
+    cfg = _index_config(args)
+    if not args.force and (cfg.path() / "manifest.json").exists():
+        from oncocoder.index.store import load_index
+
+        try:
+            load_index(cfg)
+            print(f"The index at {cfg.path()} is up to date (use --force to rebuild).")
+            return 0
+        except UserError as exc:
+            print(f"Rebuilding: {exc}")
+    build_index(cfg)
+    m = read_manifest(cfg.path())
+    print(json.dumps({s: v["rows"] for s, v in m["systems"].items()}))
+    return 0
+
+
+def cmd_index_info(args) -> int:
+    from oncocoder.index.store import read_manifest
+
+    print(json.dumps(read_manifest(_index_config(args).path()), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from oncocoder.index.retrieve import RetrievalConfig, Retriever, candidates_json
+
+    if (args.text is None) == (args.input is None):
+        raise UserError("Give either a TEXT or --input FILE.jsonl (with --output OUT.jsonl).")
+    if args.input and not args.output:
+        raise UserError("--input needs --output OUT.jsonl.")
+    systems = [args.system] if args.system else None
+    retriever = Retriever(_index_config(args), RetrievalConfig(method=args.method))
+    if args.text is not None:
+        result = retriever.search(args.text, k=args.k, systems=systems)
+        if args.json:
+            print(json.dumps({"text": args.text, "candidates": candidates_json(result)}, ensure_ascii=False,
+                             indent=2))
+            return 0
+        for system, cands in result.items():
+            print(f"{system}:")
+            for i, c in enumerate(cands, 1):
+                print(f"  {i:>2}. {c.code:<8} {c.title}   [{c.matched}]  {c.score:.4f}")
+        return 0
+    from tqdm import tqdm
+
+    rows = _read_jsonl_texts(Path(args.input))
+    errors = 0
+    with open(args.output, "w", encoding="utf-8") as out:
+        for row in tqdm(rows, desc="search", unit="text"):
+            rec = {"id": row["id"]}
+            try:
+                if row.get("error"):
+                    raise UserError(row["error"])
+                rec["candidates"] = candidates_json(retriever.search(row["text"], k=args.k, systems=systems))
+            except UserError as exc:
+                rec["candidates"], rec["error"] = None, str(exc)
+                errors += 1
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    print(f"{len(rows)} rows, {errors} errors -> {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oncocoder", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="prepare the default offline models in the cache")
+    p.add_argument("action", choices=["prepare"])
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("index", help="build or inspect the retrieval index")
+    isub = p.add_subparsers(dest="action", required=True)
+    b = isub.add_parser("build", help="embed every catalogue term and persist the index")
+    _add_index_args(b)
+    b.add_argument("--faiss", default="flat", choices=["flat", "hnsw"])
+    b.add_argument("--force", action="store_true", help="rebuild even when the index is up to date")
+    b.set_defaults(func=cmd_index_build)
+    i = isub.add_parser("info", help="print the index manifest")
+    _add_index_args(i)
+    i.set_defaults(func=cmd_index_info)
+
+    p = sub.add_parser("search", help="retrieve candidate codes for a text or a JSONL file of texts")
+    p.add_argument("text", nargs="?", help="diagnosis text")
+    p.add_argument("-k", type=int, default=10, help="candidates per system (default: %(default)s)")
+    p.add_argument("--system", choices=list(config.SYSTEMS))
+    p.add_argument("--json", action="store_true", help="print the candidates as JSON")
+    p.add_argument("--input", help="JSONL file with `id` and `text` per line")
+    p.add_argument("--output", help="JSONL output, one line per input row")
+    p.add_argument("--method", default="fused", choices=["fused", "dense", "lexical"])
+    _add_index_args(p)
+    p.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as exc:
+        print(f"oncocoder: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oncocoder: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
