@@ -68,9 +68,16 @@ def main() -> None:
     ap.add_argument("--testset", default=str(DEV_SET))
     ap.add_argument("--build", action="store_true", help="time a fresh index build")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--index-name", default=None, help="use this index folder (its manifest gives the settings)")
     args = ap.parse_args()
 
     index_cfg = IndexConfig()
+    if args.index_name:
+        m = read_manifest(replace(index_cfg, name=args.index_name).path())
+        from oncocoder.index.embedding import embedding_config
+
+        index_cfg = replace(index_cfg, name=args.index_name, faiss=m["faiss"],
+                            embedding=embedding_config(m["embedding"]["model"], quantize=m["embedding"]["quantize"]))
     if args.build:
         build_cfg = replace(index_cfg, name="bench-build")
         t0 = time.time()

@@ -3,6 +3,8 @@
 - `expand(text)`: abbreviations common in German tumor documentation written out in the catalogue's words
   ("Mamma-Ca li." -> "Mamma-Karzinom"); laterality words are dropped (neither ICD-10-GM nor ICD-O-3 codes
   laterality). The result feeds the dense (embedding) search.
+- `query_variants(text)`: extra queries that coding conventions call for (`data/query_variants.tsv`), e.g. a
+  tumour "Zustand nach ..." is also looked up as "... in der Eigenanamnese".
 - `lexical_form(text)`: lower case, umlauts folded, punctuation removed, hyphenated compounds both joined and
   split; used on both sides of the character n-gram search.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from oncocoder.errors import UserError
 
 ABBREVIATIONS_FILE = Path(__file__).resolve().parent / "data" / "abbreviations.tsv"
+VARIANTS_FILE = Path(__file__).resolve().parent / "data" / "query_variants.tsv"
 
 # Token boundaries: whitespace, comma, semicolon, slash, brackets, hyphen (kept as separate parts).
 _SPLIT = re.compile(r"(\s+|[,;/()\[\]]|-)")
@@ -48,9 +51,12 @@ class Abbreviations:
             hit = self.exact.get(t) or self.folded.get(t.lower())
             if hit:
                 return hit
-        # "Ca." written with a dot where the table has "Ca", and the reverse
+        # "Ca." written with a dot where the table has "Ca", and the reverse; laterality only as written
+        # ("Li" in "Li-Fraumeni-Syndrom" is not "li.")
         if not token.endswith("."):
-            return self.exact.get(token + ".") or self.folded.get(token.lower() + ".")
+            hit = self.exact.get(token + ".") or self.folded.get(token.lower() + ".")
+            if hit and hit.category != "laterality":
+                return hit
         return None
 
 
@@ -94,6 +100,28 @@ def expand(text: str, table: Abbreviations | None = None) -> str:
     joined = re.sub(r"\s*-\s*(?=\s|$)|(?<=\s)-\s*|^-\s*", " ", joined)  # hyphens left dangling by a drop
     joined = re.sub(r"\s*,(\s*,)+", ",", joined)
     return " ".join(joined.split()).strip(" ,;")
+
+
+@lru_cache(maxsize=4)
+def _load_variants(path: str) -> list[tuple[re.Pattern, str]]:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [(re.compile(r["pattern"], re.IGNORECASE), r["variant"]) for r in rows]
+    except FileNotFoundError as exc:
+        raise UserError(f"The query variant table {path} is missing; reinstall the package.") from exc
+    except (KeyError, re.error) as exc:
+        raise UserError(f"The query variant table {path} is malformed ({exc}).") from exc
+
+
+def query_variants(expanded: str, path: Path = VARIANTS_FILE) -> list[str]:
+    """Extra queries that coding conventions call for (see data/query_variants.tsv)."""
+    out = []
+    for pattern, template in _load_variants(str(path)):
+        m = pattern.search(expanded)
+        if m:
+            out.append(" ".join(m.expand(template).split()))
+    return [v for v in out if v and v != expanded]
 
 
 def fold(text: str) -> str:

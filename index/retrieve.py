@@ -6,10 +6,12 @@ For one text and one system:
    TF-IDF matrix. Each gives the best-matching catalogue rows.
 3. Rows are turned into codes (a code scores with its best row) and the two code rankings are fused by
    reciprocal rank fusion (or taken alone: `method="dense"` / `"lexical"`).
-4. Hierarchy: a code also earns a share of the best score in its 3-character category, and the codable
+4. ICD-O-3 topography also fuses the topography that the ICD-10-GM candidates imply (index/crosswalk.py):
+   "Lungen-Adeno-Ca re. UL" finds C34.3 in ICD-10-GM, which names topography C34.3.
+5. Hierarchy: a code also earns a share of the best score in its 3-character category, and the codable
    subcodes of the best categories join the list. A hit on a category title ("Bösartige Neubildung der Bronchien
    und der Lunge") thereby brings its terminal codes, and siblings of a near miss stay in reach.
-5. Only codable (terminal) codes are returned, each once, with its title, the best-matching term and a score.
+6. Only codable (terminal) codes are returned, each once, with its title, the best-matching term and a score.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 from oncocoder import config
 from oncocoder.errors import UserError
 from oncocoder.index.catalogue import Catalogue, load_catalogue
+from oncocoder.index.crosswalk import topography_for
 from oncocoder.index.embedding import Embedder
-from oncocoder.index.normalize import expand, lexical_form
+from oncocoder.index.normalize import expand, lexical_form, query_variants
 from oncocoder.index.store import IndexConfig, SystemIndex, load_index
 
 METHODS = ("fused", "dense", "lexical")
@@ -49,6 +52,7 @@ class RetrievalConfig:
     lexical_weight: float = 1.0
     category_weight: float = 0.5  # share of the category's best score given to every code in it
     expand_categories: int = 3  # codable subcodes of this many top categories join the list
+    crosswalk_weight: float = 2.0  # weight of the topography implied by the ICD-10-GM candidates
 
 
 def validate_text(text: object) -> str:
@@ -75,11 +79,6 @@ class Retriever:
         self.catalogue = catalogue or load_catalogue(index_cfg.alphabet)
         self.systems = load_index(index_cfg, self.catalogue)
         self.embedder = embedder or Embedder(index_cfg.embedding)
-        self._terminal = {s: np.array([self._is_terminal(ix, r) for r in range(len(ix.texts))])
-                          for s, ix in self.systems.items()}
-
-    def _is_terminal(self, ix: SystemIndex, row: int) -> bool:
-        return any(self.catalogue.is_valid(ix.entries[i].code, ix.system) for i in ix.row_entries[row])
 
     # ------------------------------------------------------------------ searches
     def _dense(self, ix: SystemIndex, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,32 +101,25 @@ class Retriever:
         return top, scores[top]
 
     # ------------------------------------------------------------------ fusion
-    def _code_ranking(self, ix: SystemIndex, rows: np.ndarray, scores: np.ndarray) -> dict[str, tuple[float, int]]:
-        """code -> (best score, best row), in rank order of first appearance."""
-        out: dict[str, tuple[float, int]] = {}
-        for row, score in zip(rows.tolist(), scores.tolist()):
+    def _code_ranking(self, ix: SystemIndex, rows: np.ndarray, scores: np.ndarray) -> dict[str, str]:
+        """code -> its best-matching catalogue text, in rank order of first appearance."""
+        out: dict[str, str] = {}
+        for row in rows.tolist():
             for i in ix.row_entries[row]:
-                code = ix.entries[i].code
-                if code not in out:
-                    out[code] = (score, row)
+                out.setdefault(ix.entries[i].code, ix.texts[row])
         return out
 
-    def _fuse(self, ix: SystemIndex, dense, lexical) -> tuple[dict[str, float], dict[str, int]]:
-        """Reciprocal rank fusion of the code rankings; each code keeps the row of its strongest part."""
-        parts = []
-        if self.cfg.method in ("fused", "dense"):
-            parts.append((self.cfg.dense_weight, self._code_ranking(ix, *dense)))
-        if self.cfg.method in ("fused", "lexical"):
-            parts.append((self.cfg.lexical_weight, self._code_ranking(ix, *lexical)))
+    def _fuse(self, rankings: list[tuple[float, dict[str, str]]]) -> tuple[dict[str, float], dict[str, str]]:
+        """Reciprocal rank fusion of weighted code rankings; each code keeps the match of its strongest part."""
         scores: dict[str, float] = {}
-        best: dict[str, tuple[float, int]] = {}
-        for weight, ranking in parts:
-            for rank, (code, (_, row)) in enumerate(ranking.items()):
+        best: dict[str, tuple[float, str]] = {}
+        for weight, ranking in rankings:
+            for rank, (code, matched) in enumerate(ranking.items()):
                 contribution = weight / (self.cfg.rrf_k + rank + 1)
                 scores[code] = scores.get(code, 0.0) + contribution
                 if code not in best or contribution > best[code][0]:
-                    best[code] = (contribution, row)
-        return scores, {code: row for code, (_, row) in best.items()}
+                    best[code] = (contribution, matched)
+        return scores, {code: matched for code, (_, matched) in best.items()}
 
     def _hierarchy(self, system: str, scores: dict[str, float]) -> dict[str, float]:
         """Terminal codes only, each with a share of its category's best score; top categories expanded."""
@@ -162,23 +154,45 @@ class Retriever:
         unknown = [s for s in systems if s not in self.systems]
         if unknown:
             raise UserError(f"Unknown system {unknown[0]!r}; choose one of {', '.join(self.systems)}.")
-        query = expand(text) or text
-        qvec = self.embedder.queries([query])[0] if self.cfg.method != "lexical" else None
-        return {s: self._search_system(self.systems[s], query, qvec, k) for s in systems}
+        main = expand(text) or text
+        queries = [main] + query_variants(main)
+        qvecs = self.embedder.queries(queries) if self.cfg.method != "lexical" else [None] * len(queries)
+        out: dict[str, list[Candidate]] = {}
+        # ICD-10-GM first: its candidates also vote for the topography they imply (index/crosswalk.py)
+        order = sorted(systems, key=lambda s: s != "icd10gm")
+        if "icdo_topography" in systems and "icd10gm" not in systems and "icd10gm" in self.systems:
+            order = ["icd10gm"] + order
+        for system in order:
+            extra = []
+            if system == "icdo_topography" and "icd10gm" in out:
+                extra.append((self.cfg.crosswalk_weight, self._topography_from_icd(out["icd10gm"])))
+            out[system] = self._search_system(self.systems[system], queries, qvecs, k, extra)
+        return {s: out[s] for s in systems}
 
-    def _search_system(self, ix: SystemIndex, query: str, qvec, k: int) -> list[Candidate]:
-        empty = (np.array([], dtype=int), np.array([], dtype=np.float32))
-        dense = self._dense(ix, qvec) if qvec is not None else empty
-        lexical = self._lexical(ix, query) if self.cfg.method != "dense" else empty
-        scores, best_row = self._fuse(ix, dense, lexical)
+    def _topography_from_icd(self, icd: list[Candidate]) -> dict[str, str]:
+        ranking: dict[str, str] = {}
+        for c in icd:
+            topo = topography_for(c.code, self.catalogue)
+            if topo:
+                ranking.setdefault(topo, f"{c.code} {c.title}")
+        return ranking
+
+    def _search_system(self, ix: SystemIndex, queries: list[str], qvecs, k: int,
+                       extra: list[tuple[float, dict[str, str]]] = ()) -> list[Candidate]:
+        rankings = list(extra)
+        for query, qvec in zip(queries, qvecs):
+            if self.cfg.method in ("fused", "dense"):
+                rankings.append((self.cfg.dense_weight, self._code_ranking(ix, *self._dense(ix, qvec))))
+            if self.cfg.method in ("fused", "lexical"):
+                rankings.append((self.cfg.lexical_weight, self._code_ranking(ix, *self._lexical(ix, query))))
+        scores, matched = self._fuse(rankings)
         final = self._hierarchy(ix.system, scores)
         ranked = sorted(final.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         out = []
         for code, score in ranked:
             info = self.catalogue.info(code, ix.system)
-            row = best_row.get(code)
-            matched = ix.texts[row] if row is not None else info.title  # joined through its category
-            out.append(Candidate(code, info.title, matched, round(float(score), 6)))
+            # a code that joined through its category keeps its own title as the match
+            out.append(Candidate(code, info.title, matched.get(code, info.title), round(float(score), 6)))
         return out
 
     def timed_search(self, text: str, k: int = 10) -> tuple[dict[str, list[Candidate]], float]:

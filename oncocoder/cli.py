@@ -129,6 +129,60 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _coder(args):
+    from oncocoder.agent.coder import Coder, CoderConfig
+
+    adapters = dict(CoderConfig().adapters)
+    if args.adapter:
+        if args.mode not in ("ft", "rag+ft"):
+            raise UserError("--adapter applies to the modes ft and rag+ft.")
+        adapters["ft" if args.mode == "ft" else "rag-ft"] = args.adapter
+    cfg = CoderConfig(mode=args.mode, base_model=args.base_model, adapters=adapters, device=args.device,
+                      batch_size=args.batch_size or (16 if args.device == "cuda" else 1),
+                      thinking_budget=args.thinking_budget)
+    return Coder(cfg)
+
+
+def _print_prediction(p) -> None:
+    if p.error:
+        print(f"error: {p.error}")
+        return
+    for system in config.SYSTEMS:
+        r = getattr(p, system)
+        print(f"{system:<16} " + (f"{r.code:<8} {r.title}  ({r.confidence:.0%})" if r else "-"))
+    print(f"{'is_tumor':<16} {'ja' if p.is_tumor else 'nein'}")
+    if p.reasoning:
+        print(f"reasoning: {p.reasoning}")
+    print(f"mode {p.mode}, {p.latency_ms:.0f} ms")
+
+
+def cmd_code(args) -> int:
+    from oncocoder.agent.batch import code_file, read_rows
+    from oncocoder.agent.coder import check_mode
+
+    check_mode(args.mode)
+    if (args.text is None) == (args.input is None):
+        raise UserError("Give either a TEXT or --input FILE (.jsonl or .csv) with --output OUT.jsonl.")
+    if args.input and not args.output:
+        raise UserError("--input needs --output OUT.jsonl.")
+    coder = _coder(args)
+    if args.text is not None:
+        pred = coder.code(args.text)
+        if args.json:
+            print(pred.model_dump_json(indent=2))
+        else:
+            _print_prediction(pred)
+        return 0 if pred.error is None else 1
+    from tqdm import tqdm
+
+    rows = read_rows(args.input)
+    with tqdm(total=len(rows), desc=f"code ({args.mode})", unit="text") as bar:
+        summary = code_file(coder, rows, args.output, progress=bar.update)
+    print(f"{summary['rows']} rows, {summary['errors']} errors, {summary['texts_per_second']} texts/s "
+          f"-> {args.output}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="fused", choices=["fused", "dense", "lexical"])
     _add_index_args(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("code", help="code a text or a file of texts (JSONL with id/text, or CSV with a text column)")
+    p.add_argument("text", nargs="?", help="diagnosis text")
+    p.add_argument("--mode", default="rag+ft", help="retrieval, base, ft, rag, rag+ft or thinking (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    p.add_argument("--input", help="JSONL (id, text) or CSV (text column) file")
+    p.add_argument("--output", help="JSONL output: one prediction per input row, in input order")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_code)
     return parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-model", default=config.DEFAULT_BASE_MODEL,
+                   help="Hugging Face causal LM id or folder (default: %(default)s, prepared offline)")
+    p.add_argument("--adapter", help="LoRA adapter folder for the ft or rag+ft mode (default: the shipped one)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (default: 1 on CPU, 16 on GPU)")
+    p.add_argument("--thinking-budget", type=int, default=256, help="reasoning tokens in thinking mode")
 
 
 def main(argv: list[str] | None = None) -> int:
