@@ -34,6 +34,7 @@ class LLMConfig:
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     threads: int | None = None
+    load_4bit: bool = False  # QLoRA-style 4-bit base weights (bitsandbytes, GPU only)
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,23 @@ class LLM:
         if dtype is None:
             raise UserError(f"Unknown --dtype {cfg.dtype!r}; use auto, float32, bfloat16 or float16.")
         self.path = resolve_model(cfg.base_model)
+        kwargs = {"dtype": dtype}
+        if cfg.load_4bit:
+            if not self.device.startswith("cuda"):
+                raise UserError("4-bit loading (--load-4bit) needs a GPU.")
+            try:
+                import bitsandbytes  # noqa: F401
+                from transformers import BitsAndBytesConfig
+            except ImportError as exc:
+                raise UserError("4-bit loading (--load-4bit) needs the bitsandbytes package.") from exc
+            kwargs.update(quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4"),
+                device_map={"": self.device})
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device)
+            self.model = AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+            if not cfg.load_4bit:
+                self.model = self.model.to(self.device)
         except (OSError, ValueError) as exc:
             raise UserError(f"The base model {cfg.base_model} could not be loaded ({str(exc).splitlines()[0]}); pass "
                             "a Hugging Face causal LM id or a folder with --base-model.") from exc
@@ -151,9 +166,16 @@ class LLM:
         text = self.prompt_text(user, cue)
         return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
 
-    def answer_ids(self, answer: str) -> list[int]:
-        """The tokens the model is trained to produce after the prompt: the answer, then end of turn."""
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    def answer_ids(self, answer: str, user: str) -> list[int]:
+        """The tokens the model is trained to produce after the prompt of `user`: the answer as the tokenizer splits
+        it in context (so no word-start marker sneaks in that constrained decoding would not allow), then the end
+        of the turn."""
+        prompt = self.prompt_ids(user)
+        full = self.tokenizer(self.prompt_text(user) + answer, add_special_tokens=not self.chat)["input_ids"]
+        if full[:len(prompt)] == prompt and len(full) > len(prompt):
+            ids = full[len(prompt):]
+        else:
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         return ids + [self.end_token_id]
 
     @property

@@ -184,6 +184,37 @@ def cmd_code(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from oncocoder.finetune.train import TrainConfig, merge, train
+
+    if args.action == "merge":
+        if not args.adapter or not args.out:
+            raise UserError("finetune merge needs --adapter ADAPTER_DIR and --out MERGED_DIR.")
+        base = args.base_model if args.base_model != config.DEFAULT_BASE_MODEL or not args.adapter else None
+        print(f"Merged model written to {merge(args.adapter, args.out, base)}")
+        return 0
+    cfg = TrainConfig(data=args.data or [], out=args.out or "", base_model=args.base_model, lora_r=args.lora_r,
+                      lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=args.target_modules.split(",") if args.target_modules else None,
+                      epochs=args.epochs, max_steps=args.max_steps, limit=args.limit, batch_size=args.batch_size,
+                      grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule,
+                      max_length=args.max_length, dev_size=args.dev_size, eval_every=args.eval_every,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                      load_4bit=args.load_4bit, resume=args.resume)
+    manifest = train(cfg)
+    print(f"Adapter written to {cfg.out}: {manifest['steps']} steps, best dev exact "
+          f"{(manifest['best'] or {}).get('exact')} ({manifest['train_seconds']} s training)")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from oncocoder.finetune.data import build_dataset, from_args
+
+    stats = build_dataset(from_args(args))
+    print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, dict)}, ensure_ascii=False))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +256,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSONL output: one prediction per input row, in input order")
     _add_model_args(p)
     p.set_defaults(func=cmd_code)
+
+    p = sub.add_parser("data", help="build instruction data from the catalogues")
+    dsub = p.add_subparsers(dest="action", required=True)
+    d = dsub.add_parser("build", help="plain and RAG instruction data, a held-out split and a dataset card")
+    from oncocoder.finetune.data import add_arguments
+
+    add_arguments(d)
+    d.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("finetune", help="train a LoRA adapter (default) or merge one into its base model")
+    p.add_argument("action", nargs="?", default="train", choices=["train", "merge"])
+    p.add_argument("--data", action="append", help="chat-format JSONL (repeat for a mix of plain and RAG data)")
+    p.add_argument("--out", help="adapter folder (train) or merged model folder (merge)")
+    p.add_argument("--adapter", help="adapter folder to merge")
+    p.add_argument("--base-model", default=config.DEFAULT_BASE_MODEL)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--target-modules", help="comma-separated module names (default: chosen per architecture)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="train on a deterministic sample of this many examples")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"])
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--dev-size", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps as well (0: per epoch)")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--device", default=None)
+    p.add_argument("--load-4bit", action="store_true", help="QLoRA: 4-bit base weights (GPU, bitsandbytes)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 
