@@ -24,9 +24,8 @@ import random
 import re
 import resource
 import time
-import unicodedata
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +36,7 @@ from oncocoder.agent import prompts
 from oncocoder.agent.coder import TUMOR_CHAPTER, CoderConfig
 from oncocoder.errors import UserError
 from oncocoder.index.catalogue import Catalogue, load_catalogue
+from oncocoder.index.crosswalk import load_conventions, topography_for
 from oncocoder.index.normalize import Abbreviations, fold, load_abbreviations
 
 GENERATOR_VERSION = "1"
@@ -45,7 +45,6 @@ RAG_TASKS = ("icd10gm", "icdo_topography", "icdo_morphology", "is_tumor")
 TASK_SYSTEM = {"icd10gm": "icd10gm", "icdo_topography": "icdo_topography", "icdo_morphology": "icdo_morphology"}
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-CONVENTIONS_FILE = DATA_DIR / "topography_conventions.tsv"
 HARD_NEGATIVES_FILE = DATA_DIR / "hard_negative_words.txt"
 
 # Recipe constants (the tunable ones are DataConfig fields).
@@ -55,7 +54,6 @@ TUMOR_SHARE = 0.40  # share of positives in the is_tumor task
 HARD_NEGATIVE_WEIGHT = 3  # templates per hard negative; ordinary negatives get ORDINARY_NEGATIVE_WEIGHT
 ORDINARY_NEGATIVE_WEIGHT = 2
 HARD_NEGATIVE_MAX_SHARE = 0.5  # at most this share of the negatives are hard ones
-HELDOUT_TUMOR_FACTOR = 1.0  # share multiplier for the chapter II strata (each of its four strata gives at least one)
 NOT_A_TUMOR_QUESTION = ("Z08", "Z86.0")  # follow-up after / history of other neoplasms: neither ja nor nein
 RAG_SHARES = {"icd10gm": 0.45, "icdo_topography": 0.20, "icdo_morphology": 0.20, "is_tumor": 0.15}
 RAG_ICD_TUMOR_SHARE = 0.5  # share of the RAG icd10gm examples taken from chapter II
@@ -142,6 +140,7 @@ def check_config(cfg: DataConfig) -> None:
 
 # ----------------------------------------------------------------------------------------- pure helpers
 
+@lru_cache(maxsize=1 << 19)
 def normalize_text(text: str) -> str:
     """The form used for the leakage guard: lower case, umlauts folded, punctuation removed, whitespace collapsed."""
     return " ".join(_PUNCT.sub(" ", fold(text)).replace("_", " ").split())
@@ -223,63 +222,6 @@ def abbreviate(text: str, table: Abbreviations | None = None, rng: random.Random
 
 
 # ----------------------------------------------------------------------------------------- topography conventions
-
-CONVENTION_RULES = ("same", "digit", "fixed", "none")
-
-
-@dataclass(frozen=True)
-class Convention:
-    icd10_pattern: str  # an ICD-10-GM code prefix; the longest matching prefix decides
-    rule: str  # same | digit | fixed | none
-    topography: str  # target code (fixed) or category (digit); empty otherwise
-    note: str = ""
-
-
-def load_conventions(path: Path = CONVENTIONS_FILE) -> tuple[Convention, ...]:
-    return _load_conventions(str(path))
-
-
-@lru_cache(maxsize=4)
-def _load_conventions(path: str) -> tuple[Convention, ...]:
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    except FileNotFoundError as exc:
-        raise UserError(f"The topography conventions file {path} is missing; reinstall the package.") from exc
-    out = []
-    for n, r in enumerate(rows, 2):
-        try:
-            conv = Convention(r["icd10_pattern"].strip(), r["rule"].strip(), (r["topography"] or "").strip(),
-                              (r.get("note") or "").strip())
-        except (KeyError, AttributeError) as exc:
-            raise UserError(f"{path} needs the tab-separated columns icd10_pattern, rule, topography, note.") from exc
-        if conv.rule not in CONVENTION_RULES or not conv.icd10_pattern:
-            raise UserError(f"Line {n} of {path}: rule must be one of {', '.join(CONVENTION_RULES)} and the pattern "
-                            "must not be empty.")
-        if conv.rule in ("digit", "fixed") and not conv.topography:
-            raise UserError(f"Line {n} of {path}: the rule {conv.rule} needs a topography.")
-        out.append(conv)
-    return tuple(sorted(out, key=lambda c: -len(c.icd10_pattern)))
-
-
-def derive_topography(code: str, cat: Catalogue, conventions: tuple[Convention, ...] | None = None) -> str | None:
-    """The ICD-O-3 topography that follows from an ICD-10-GM code by the conventions, or None where it does not
-    follow unambiguously. `same`: the code itself (3-character -> `.9`, 5-character -> its 4-character parent);
-    `digit`: the target category with the code's subcode (C43.5 -> C44.5); `fixed`: the given code."""
-    conventions = load_conventions() if conventions is None else conventions
-    conv = next((c for c in conventions if code.startswith(c.icd10_pattern)), None)
-    if conv is None or conv.rule == "none":
-        return None
-    if conv.rule == "fixed":
-        topo = conv.topography
-    elif conv.rule == "same":
-        topo = f"{code}.9" if len(code) == 3 else code[:5]
-    else:  # digit
-        if len(code) < 5:
-            return None
-        topo = f"{conv.topography}.{code[4]}"
-    return topo if cat.is_valid(topo, "icdo_topography") else None
-
 
 # ----------------------------------------------------------------------------------------- hard negatives
 
@@ -460,12 +402,17 @@ class _Pools:
 
     def derived_topography(self) -> list[tuple[_Term, str]]:
         """ICD-10-GM tumor terms with the topography their code implies (texts with conflicting results left out)."""
+        if "_derived" not in self.__dict__:
+            self._derived = self._derive_topography()
+        return self._derived
+
+    def _derive_topography(self) -> list[tuple[_Term, str]]:
         found: dict[str, set[str]] = defaultdict(set)
         pairs = []
         for t in self.icd:
             if t.chapter != TUMOR_CHAPTER:
                 continue
-            topo = derive_topography(t.code, self.cat, self.conventions)
+            topo = topography_for(t.code, self.cat, self.conventions)
             if topo:
                 found[normalize_text(t.text)].add(topo)
                 pairs.append((t, topo))
@@ -479,6 +426,11 @@ class _Pools:
 
     def keine_pool(self) -> list[_Term]:
         """Clearly non-tumor ICD-10-GM terms (no tumor word, no tumor-like word): no histology to code."""
+        if "_keine" not in self.__dict__:
+            self._keine = self._keine_pool()
+        return self._keine
+
+    def _keine_pool(self) -> list[_Term]:
         out, seen = [], set()
         for t in self.icd:
             key = normalize_text(t.text)
@@ -598,7 +550,7 @@ def gen_is_tumor(pools: _Pools, progress: bool = False) -> list[Example]:
     def add(t: _Term, icd_code: str | None, answer: str, weight: int) -> None:
         for v in _variants(rng, "is_tumor", weight):
             out.append(Example("is_tumor", t.text, answer, None, None, t.source, v, None, t.text, icd_code,
-                               t.chapter))
+                               t.chapter if icd_code else ""))
 
     for t, icd_code in _progress(positives, progress, "is_tumor +"):
         add(t, icd_code, prompts.YES, cfg.tumor_weight)
@@ -663,10 +615,8 @@ def select_heldout_categories(cat: Catalogue, cfg: DataConfig) -> list[str]:
     rng, out = cfg.rng("heldout"), []
     for stratum in sorted(strata):
         cats = sorted(strata[stratum])
-        tumor = stratum.startswith(TUMOR_CHAPTER)
-        share = cfg.heldout_share * (HELDOUT_TUMOR_FACTOR if tumor else 1.0)
-        n = min(len(cats), round(share * len(cats)))
-        if tumor and cfg.heldout_share > 0:
+        n = min(len(cats), round(cfg.heldout_share * len(cats)))
+        if stratum.startswith(TUMOR_CHAPTER) and cfg.heldout_share > 0:
             n = max(1, n)
         out += rng.sample(cats, n)
     return sorted(out)
@@ -709,7 +659,7 @@ def heldout_rows(pools: _Pools, categories: list[str], cfg: DataConfig) -> list[
     rows = []
     for i, t in enumerate(chosen, 1):
         is_tumor = bool(tumor_label(t.code, cat))
-        topo = derive_topography(t.code, cat, pools.conventions) if t.chapter == TUMOR_CHAPTER else None
+        topo = topography_for(t.code, cat, pools.conventions) if t.chapter == TUMOR_CHAPTER else None
         rows.append({"id": f"HO-{i:04d}", "text": t.text, "icd10gm": t.code, "icdo_topography": topo,
                      "icdo_morphology": None, "is_tumor": is_tumor, "derivable": "full",
                      "note": f"held-out catalogue term ({t.source})"})
@@ -800,7 +750,7 @@ class _RagBuilder:
     def _allowed(self, item: _RagItem) -> bool:
         reason = self.guard.reason((item.text, item.term), item.term_code)
         if reason:
-            (self.guard.leakage if reason == "leakage" else self.guard.heldout)["rag"] += 1
+            (self.guard.leakage if reason == "leakage" else self.guard.heldout)["rag_pool_terms"] += 1
         return reason is None
 
     def _abbreviated(self, items: list[_RagItem], rng: random.Random) -> list[_RagItem]:
@@ -895,7 +845,8 @@ class _RagBuilder:
             items = [it for it in items if self._allowed(it)]
             want, got, stream = counts[name], 0, self._stream(items, rng)
             while got < want:
-                batch = [it for _, it in zip(range(SEARCH_BATCH), stream)]
+                size = min(SEARCH_BATCH, want - got + 2)  # a few spare for the misses that are dropped
+                batch = [it for _, it in zip(range(size), stream)]
                 if not batch:
                     self.stats[f"{task}:{name}:short"] += want - got
                     break
@@ -1037,6 +988,7 @@ def build_dataset(cfg: DataConfig, catalogue: Catalogue | None = None, retriever
             from oncocoder.index.retrieve import Retriever
 
             retriever = Retriever(catalogue=cat)
+        retriever_seconds = time.perf_counter() - t0
         builder = _RagBuilder(pools, guard, retriever, progress)
         for task in active:
             if task == "is_tumor":
@@ -1057,16 +1009,22 @@ def build_dataset(cfg: DataConfig, catalogue: Catalogue | None = None, retriever
             "gold_position": {str(k): v for k, v in sorted(builder.positions.items())},
             "options": {task: builder.k[TASK_SYSTEM[task]] + (task == "icdo_morphology") for task in TASK_SYSTEM},
             "search_seconds": round(builder.search_seconds, 2),
-            "seconds_per_retrieval_example": round(rag_seconds / retrieval_examples, 4) if retrieval_examples else None,
+            "retriever_load_seconds": round(retriever_seconds, 1),
+            "seconds_per_retrieval_example": (round((rag_seconds - retriever_seconds) / retrieval_examples, 4)
+                                              if retrieval_examples else None),
         }
 
     # write
     out.mkdir(parents=True, exist_ok=True)
     for name in ("plain.jsonl", "rag.jsonl", "heldout.jsonl", "README.md", "stats.json"):
         (out / name).unlink(missing_ok=True)
+    t0 = time.perf_counter()
     _write_jsonl(out / "plain.jsonl", (ex.to_json() for ex in plain))
+    plain_seconds += time.perf_counter() - t0
     if cfg.rag:
+        t0 = time.perf_counter()
         _write_jsonl(out / "rag.jsonl", (ex.to_json() for ex in rag))
+        rag_seconds += time.perf_counter() - t0
     _write_jsonl(out / "heldout.jsonl", (json.dumps(r, ensure_ascii=False) for r in rows))
 
     stats = {
@@ -1080,6 +1038,8 @@ def build_dataset(cfg: DataConfig, catalogue: Catalogue | None = None, retriever
                        for name, m in sorted(cat.sources.items())},
         "files": {"plain.jsonl": len(plain), "rag.jsonl": len(rag) if cfg.rag else None, "heldout.jsonl": len(rows)},
         "generated_before_filters": before,
+        "available_after_filters": dict(sorted(Counter(ex.task for ex in generated).items())),
+        "available_after_filters_total": len(generated),
         "plain": _counts(plain),
         "rag": {**_counts(rag), **rag_stats} if cfg.rag else None,
         "excluded": {"test_sets": excluded_sets, "leakage_pairs": dict(sorted(guard.leakage.items())),
@@ -1156,9 +1116,9 @@ def dataset_card(stats: dict) -> str:
             f"Gold found by retrieval: {rag['gold_retrieved']:,}; gold inserted after a miss: "
             f"{rag['gold_injected']:,} (inject share {cfg['rag_inject_share']}; the other misses were dropped). "
             f"Retrieval counters: {json.dumps(rag['retrieval'])}. Options shown: {json.dumps(rag['options'])} "
-            "(morphology: plus the last option \"keine Histologie angegeben\"). The tumor question appears in its plain "
-            f"form. Search time {rag['search_seconds']} s; {rag['seconds_per_retrieval_example']} s per RAG example "
-            "with retrieval.",
+            "(morphology: plus the last option \"keine Histologie angegeben\"). The tumor question appears in its "
+            f"plain form. Retriever load {rag['retriever_load_seconds']} s, search time {rag['search_seconds']} s; "
+            f"{rag['seconds_per_retrieval_example']} s per RAG example with retrieval (load excluded).",
             "",
         ]
     exc = stats["excluded"]
@@ -1171,10 +1131,12 @@ def dataset_card(stats: dict) -> str:
         *[f"- `{t['path']}` ({t['rows']} rows, sha256 {t['sha256'][:16]}...)" for t in exc["test_sets"]],
         "",
         f"Excluded (leakage) pairs: {json.dumps(exc['leakage_pairs'])}. Held-out pairs removed: "
-        f"{json.dumps(exc['heldout_pairs'])}.",
+        f"{json.dumps(exc['heldout_pairs'])}. (`plain`: pairs dropped; `rag_pool_terms`: terms taken out of the RAG "
+        "term pools before sampling.)",
         "",
         f"Held-out 3-character categories ({len(stats['heldout']['categories'])}: share {cfg['heldout_share']} per "
-        f"chapter, chapter II stratified by kind; tumor categories {', '.join(stats['heldout']['tumor_categories'])}): "
+        "chapter, chapter II stratified by kind; tumor categories "
+        f"{', '.join(stats['heldout']['tumor_categories'])}): "
         f"{', '.join(stats['heldout']['categories'])}. None of their terms or titles appears "
         f"in a training file (nor as a RAG option). `heldout.jsonl`: {stats['heldout']['rows']} rows, "
         f"{stats['heldout']['tumor_rows']} of them tumor terms.",
@@ -1182,10 +1144,14 @@ def dataset_card(stats: dict) -> str:
         "## Build",
         "",
         f"- configuration: `{json.dumps(cfg, ensure_ascii=False)}`",
-        f"- pairs generated per task before the filters and the limit: `{json.dumps(stats['generated_before_filters'])}`",
-        f"- catalogues: " + "; ".join(f"{n} `{m['path']}` sha256 {m['sha256']}" for n, m in stats["catalogues"].items()),
+        "- pairs generated per task before the filters and the limit: "
+        f"`{json.dumps(stats['generated_before_filters'])}`",
+        f"- pairs available after the leakage and held-out filters (before the limit): "
+        f"{stats['available_after_filters_total']:,} `{json.dumps(stats['available_after_filters'])}`",
+        "- catalogues: " + "; ".join(f"{n} `{m['path']}` sha256 {m['sha256']}" for n, m in stats["catalogues"].items()),
         f"- code -> title pairs for: {', '.join(stats['title_systems'])}",
-        f"- time: plain {stats['timing']['plain_seconds']} s, RAG {stats['timing']['rag_seconds']} s, total "
+        f"- time: plain {stats['timing']['plain_seconds']} s (generation and writing), RAG "
+        f"{stats['timing']['rag_seconds']} s (retriever load, retrieval, writing), total "
         f"{stats['timing']['total_seconds']} s; peak memory {stats['peak_memory_mib']} MiB (resident, whole process)",
         "",
     ]

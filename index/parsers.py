@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,9 @@ class ClamlClass:
     usage: str | None = None
 
 
+_EMPTY_REFERENCE = re.compile(r"\s*\(\s*(?:siehe|s\.)?\s*\)")
+
+
 def _label_texts(label: ET.Element) -> list[str]:
     """The terms of one ClaML label: each list fragment is a term of its own; references are left out."""
     fragments = [f for f in label.iter("Fragment") if (f.text or "").strip()]
@@ -207,6 +211,7 @@ def _label_texts(label: ET.Element) -> list[str]:
             parts.append("".join(child.itertext()))
         parts.append(child.tail or "")
     text = " ".join("".join(parts).split())
+    text = _EMPTY_REFERENCE.sub("", text).strip()  # "Myelosarkom (siehe <Reference/>)" -> "Myelosarkom"
     return [text] if text else []
 
 

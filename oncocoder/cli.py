@@ -207,6 +207,21 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from oncocoder.eval.run import from_args, run_eval
+
+    run_eval(from_args(args))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from oncocoder.ui.app import launch
+
+    args.mode = "rag+ft"
+    launch(host=args.host, port=args.port, coder=_coder(args))
+    return 0
+
+
 def cmd_data(args) -> int:
     from oncocoder.finetune.data import build_dataset, from_args
 
@@ -256,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSONL output: one prediction per input row, in input order")
     _add_model_args(p)
     p.set_defaults(func=cmd_code)
+
+    p = sub.add_parser("eval", help="compare the modes on test sets: metrics.json, report.md, CSV and plots")
+    from oncocoder.eval.run import add_arguments as add_eval_arguments
+
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the Gradio web demo")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="build instruction data from the catalogues")
     dsub = p.add_subparsers(dest="action", required=True)

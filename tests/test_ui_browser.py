@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-ICD_CODE = re.compile(r"\b([A-Z]\d\d\.\d{1,2})\b")
+ICD_CODE = re.compile(r"\b([A-Z]\d\d(?:\.\d{1,2})?)\b")  # C50.4, C61
 LLM_TIMEOUT_MS = 240_000  # the first LLM call loads Gemma 270M and compiles the constraints
 RETRIEVAL_TIMEOUT_MS = 120_000  # the first retrieval call loads the index and the embedding model
 

@@ -157,7 +157,7 @@ def build_code_tab(models: Models) -> None:
     meta = gr.Markdown(elem_id="code-meta")
     with gr.Accordion("Überlegung des Modells (thinking)", open=True, visible=False,
                       elem_id="reasoning-accordion") as reasoning_box:
-        reasoning = gr.Markdown(elem_id="reasoning")
+        reasoning = gr.Textbox(show_label=False, interactive=False, lines=6, max_lines=20, elem_id="reasoning")
     candidates = gr.Dataframe(headers=CANDIDATE_HEADERS, label="Gefundene Kandidaten (✓ = gewählt)",
                               interactive=False, wrap=True, elem_id="candidates-table",
                               column_widths=["4%", "14%", "9%", "34%", "30%", "9%"])
