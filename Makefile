@@ -43,6 +43,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/coder.py
 
 eval: install
 	$(BIN)/oncocoder eval --preset default

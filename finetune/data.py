@@ -668,57 +668,12 @@ def heldout_rows(pools: _Pools, categories: list[str], cfg: DataConfig) -> list[
 
 # ----------------------------------------------------------------------------------------- retrieval (RAG)
 
-class _EmbeddingCache:
-    """Stands in for a Retriever's embedder: query vectors computed in batches ahead of the searches."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.vectors: dict[str, object] = {}
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def prefetch(self, queries: list[str]) -> None:
-        missing = [q for q in dict.fromkeys(queries) if q not in self.vectors]
-        if missing:
-            self.vectors.update(zip(missing, self.inner.queries(missing)))
-
-    def queries(self, texts: list[str]):
-        import numpy as np
-
-        self.prefetch(list(texts))
-        return np.stack([self.vectors[t] for t in texts])
-
-
-def _likely_queries(texts: list[str]) -> list[str]:
-    """The query strings Retriever.search will embed for these texts (a guess used for prefetching only: a wrong
-    guess costs speed, never correctness)."""
-    from oncocoder.index import normalize
-
-    out = []
-    for text in texts:
-        main = normalize.expand(" ".join(text.split())) or text
-        out.append(main)
-        variants = getattr(normalize, "query_variants", None)
-        if variants is not None:
-            out += variants(main)
-    return out
-
-
 def batched_search(retriever, texts: list[str], system: str, k: int) -> list[list]:
-    """`retriever.search(text, k, systems=[system])[system]` for many texts. Only the public `search` is called;
-    the query embeddings are computed ahead in one batch per call (several times faster on a CPU than one
-    embedding call per search; batched and single encodings agree up to float rounding)."""
-    embedder = getattr(retriever, "embedder", None)
-    if embedder is None or getattr(getattr(retriever, "cfg", None), "method", None) == "lexical":
-        return [retriever.search(t, k, systems=[system])[system] for t in texts]
-    cache = _EmbeddingCache(embedder)
-    cache.prefetch(_likely_queries(texts))
-    retriever.embedder = cache
-    try:
-        return [retriever.search(t, k, systems=[system])[system] for t in texts]
-    finally:
-        retriever.embedder = embedder
+    """`retriever.search(text, k, systems=[system])[system]` for many texts, in batches of SEARCH_BATCH."""
+    out = []
+    for i in range(0, len(texts), SEARCH_BATCH):
+        out += [r[system] for r in retriever.search_many(texts[i:i + SEARCH_BATCH], k, systems=[system])]
+    return out
 
 
 @dataclass

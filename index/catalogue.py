@@ -117,7 +117,7 @@ class Catalogue:
 
     def terminal_descendants(self, code: str, system: str) -> list[CodeInfo]:
         """The codable codes at or below `code` (the code itself when it is terminal)."""
-        return self._descendants(system).get(normalize_code(code, system), [])
+        return self.descendants(system).get(normalize_code(code, system), [])
 
     def list_codes(self, system: str, terminal_only: bool = True) -> list[str]:
         if system not in self.codes:
@@ -127,7 +127,8 @@ class Catalogue:
     def entries_of(self, system: str) -> list[Entry]:
         return [e for e in self.entries if e.system == system]
 
-    def _descendants(self, system: str) -> dict[str, list[CodeInfo]]:
+    def descendants(self, system: str) -> dict[str, list[CodeInfo]]:
+        """code (as the catalogue writes it) -> its codable codes (itself when terminal); computed once."""
         cache = self.__dict__.setdefault("_desc_cache", {})
         if system not in cache:
             desc: dict[str, list[CodeInfo]] = {}

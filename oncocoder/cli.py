@@ -28,9 +28,9 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--embedding-model", default=config.DEFAULT_EMBEDDING_MODEL,
                    help="sentence-transformers model id or folder (default: %(default)s, prepared offline)")
-    p.add_argument("--quantize", default=None, choices=["none", "int8"],
-                   help="int8 dynamic quantisation of the encoder on CPU: a faster build, slightly lower recall "
-                        "(default: none)")
+    p.add_argument("--quantize", default=None, choices=["auto", "none", "int8"],
+                   help="int8 dynamic quantisation of the encoder (CPU only): auto = int8 on a CPU, none on a GPU "
+                        "(default: auto; a search uses the setting its index was built with)")
     p.add_argument("--alphabet", default="alphaidse", choices=["alphaidse", "alpha2010"],
                    help="alphabetical index for ICD-10-GM synonyms (default: %(default)s)")
     p.add_argument("--index-name", default=DEFAULT_INDEX_NAME, help="index folder name under the cache")
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     isub = p.add_subparsers(dest="action", required=True)
     b = isub.add_parser("build", help="embed every catalogue term and persist the index")
     _add_index_args(b)
-    b.add_argument("--faiss", default="flat", choices=["flat", "hnsw"])
+    b.add_argument("--faiss", default=None, choices=["flat", "hnsw"], help="vector index (default: hnsw)")
     b.add_argument("--force", action="store_true", help="rebuild even when the index is up to date")
     b.set_defaults(func=cmd_index_build)
     i = isub.add_parser("info", help="print the index manifest")

@@ -437,15 +437,16 @@ def test_cli_flags_map_onto_the_config(tmp_path, monkeypatch):
 
 
 def test_preset_default(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONCOCODER_CACHE", str(tmp_path))
+    from oncocoder.eval import run
+
     cfg = parse(["--preset", "default"])
-    assert cfg.testsets == (DEV_SET,) and cfg.modes == MODES and cfg.limit_thinking == 10
-    assert len(cfg.notes) == 1 and "oncocoder data build" in cfg.notes[0] and "heldout.jsonl" in cfg.notes[0]
-    heldout = tmp_path / "data" / "v1" / "heldout.jsonl"
-    heldout.parent.mkdir(parents=True)
-    write_jsonl(heldout, ROWS)
+    assert cfg.testsets == (DEV_SET, run.HELDOUT_SET) and cfg.modes == MODES and cfg.limit_thinking == 10
+    assert cfg.notes == ()
+    assert len(load_testset(run.HELDOUT_SET).rows) == 300  # the shipped held-out split loads cleanly
+    monkeypatch.setattr(run, "HELDOUT_SET", tmp_path / "missing.jsonl")
     cfg = parse(["--preset", "default", "--limit-thinking", "4"])
-    assert cfg.testsets == (DEV_SET, heldout) and cfg.limit_thinking == 4 and cfg.notes == ()
+    assert cfg.testsets == (DEV_SET,) and cfg.limit_thinking == 4
+    assert len(cfg.notes) == 1 and "oncocoder data build" in cfg.notes[0] and "missing.jsonl" in cfg.notes[0]
 
 
 def test_dev_set_loads(catalogue):

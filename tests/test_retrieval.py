@@ -122,7 +122,7 @@ def test_small_index_round_trip(small_index):
 def test_index_mismatches_are_refused(small_index, catalogue):
     cfg, small = small_index
     with pytest.raises(UserError, match="embedding model"):
-        load_index(replace(cfg, embedding=embedding_config(quantize="int8")), small)
+        load_index(replace(cfg, embedding=embedding_config(quantize="none")), small)
     with pytest.raises(UserError, match="does not match the catalogue entries"):
         load_index(cfg, catalogue)  # the full catalogue is not what this index was built from
     other = Catalogue(codes=small.codes, entries=small.entries,
