@@ -232,8 +232,8 @@ def render_markdown(metrics: dict) -> str:
         L += [f"- Date: {run.get('date')}",
               f"- Test set: `{ts.get('path')}`, sha256 `{ts.get('sha256')}`, {ts.get('rows')} rows"
               + (f" (first {run['limit']} rows)" if run.get("limit") else ""),
-              f"- Modes and rows coded: " + ", ".join(f"{m} {n}" for m, n in (run.get("rows") or {}).items()),
-              f"- Predictions reused from an earlier run in this folder: "
+              "- Modes and rows coded: " + ", ".join(f"{m} {n}" for m, n in (run.get("rows") or {}).items()),
+              "- Predictions reused from an earlier run in this folder: "
               + (", ".join(f"{m} {n}" for m, n in (run.get("reused") or {}).items() if n) or "none"),
               f"- Thinking rows: {run.get('limit_thinking') or 'all'}",
               f"- Base model: {models.get('base_model') or '– (no LLM mode)'}",

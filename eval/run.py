@@ -60,7 +60,6 @@ every CI is a 95 % percentile bootstrap interval (`n_boot` resamples, `seed`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -78,6 +77,7 @@ from oncocoder.errors import UserError
 from oncocoder.eval import metrics as M
 from oncocoder.eval import stats
 from oncocoder.eval.testset import DEV_SET, TestSet, load_testset
+from oncocoder.files import sha256_file
 
 SCHEMA_VERSION = 1
 TARGETS = config.SYSTEMS
@@ -468,15 +468,11 @@ def confusions(rows: list, preds: list[Prediction | None], top: int = N_CONFUSIO
 
 # ----------------------------------------------------------------------------------------- run record
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _adapter_info(path: str | None) -> dict:
     info: dict = {"path": path, "manifest_sha256": None, "base_model": None}
     manifest = Path(path) / "manifest.json" if path else None
     if manifest is not None and manifest.exists():
-        info["manifest_sha256"] = _sha256(manifest)
+        info["manifest_sha256"] = sha256_file(manifest)
         try:
             info["base_model"] = json.loads(manifest.read_text(encoding="utf-8")).get("base_model")
         except (ValueError, AttributeError):
@@ -499,7 +495,7 @@ def run_info(cfg: EvalConfig, ts: TestSet, modes: tuple[str, ...], preds: dict, 
     index_cfg = getattr(retriever, "index_cfg", None)
     index_manifest = None
     if index_cfg is not None and (index_cfg.path() / "manifest.json").exists():
-        index_manifest = {"path": str(index_cfg.path()), "manifest_sha256": _sha256(index_cfg.path() / "manifest.json")}
+        index_manifest = {"path": str(index_cfg.path()), "manifest_sha256": sha256_file(index_cfg.path() / "manifest.json")}
     llm_modes = [m for m in modes if m != "retrieval"]
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

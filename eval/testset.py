@@ -9,13 +9,13 @@ not scored.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from oncocoder import config
 from oncocoder.errors import UserError
+from oncocoder.files import sha256_file
 
 DEV_SET = Path(__file__).resolve().parent / "data" / "tumor_diagnoses_dev.jsonl"
 REQUIRED = ("id", "text", "icd10gm", "icdo_topography", "icdo_morphology", "is_tumor")
@@ -137,5 +137,5 @@ def load_testset(path: str | Path, catalogue=None, limit: int | None = None) -> 
                             str(r.get("note") or ""), invalid))
     if limit:
         rows = rows[:limit]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     return TestSet(path, rows, digest, problems)

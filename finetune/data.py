@@ -18,7 +18,6 @@ Answers are exactly what the agent's constrained decoder produces, and every que
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re

@@ -12,7 +12,6 @@ scheduler, data order, random states), from which `--resume` continues after an 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from oncocoder import config
 from oncocoder.errors import UserError
+from oncocoder.files import sha256_file
 
 # LoRA target modules per architecture (attention projections, as in the paper); peft's own table otherwise.
 TARGET_MODULES = {
@@ -120,14 +120,6 @@ def encode(llm, ex: dict, max_length: int) -> tuple[list[int], int] | None:
     answer = llm.answer_ids(ex["messages"][-1]["content"], user)
     ids = prompt + answer
     return (ids, len(prompt)) if len(ids) <= max_length else None
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -319,7 +311,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     manifest = {
         "kind": "lora-adapter", "base_model": cfg.base_model,
-        "data": [{"path": str(p), "sha256": _sha256(p)} for p in cfg.data],
+        "data": [{"path": str(p), "sha256": sha256_file(p)} for p in cfg.data],
         "examples": {"train": len(encoded), "dev": len(dev), "dropped_too_long": dropped},
         "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume")},
         "target_modules": sorted(peft_model.peft_config["default"].target_modules),

@@ -10,7 +10,6 @@ index was built.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from oncocoder import config
 from oncocoder.errors import UserError
+from oncocoder.files import sha256_file
 
 QUANTIZE = ("auto", "none", "int8")
 SMALL_BATCH = 4  # up to this many texts are encoded in one direct forward pass (on one CPU thread)
@@ -106,7 +106,7 @@ class Embedder:
     def fingerprint(self) -> dict:
         """What identifies this embedding space in an index manifest."""
         manifest = Path(self.path) / "manifest.json"
-        weights = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else None
+        weights = sha256_file(manifest)[:16] if manifest.exists() else None
         return {"model": self.cfg.model, "dim": self.dim, "quantize": self.quantize,
                 "query_prefix": self.cfg.query_prefix, "passage_prefix": self.cfg.passage_prefix,
                 "prepared_manifest_sha256": weights}

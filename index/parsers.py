@@ -12,7 +12,6 @@ Files may be plain or gzip-compressed. A missing or malformed file raises a User
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from oncocoder.errors import UserError
 from oncocoder.index.catalogue import Catalogue, CodeInfo, Entry, normalize_code
+from oncocoder.files import sha256_file
 
 # Share of malformed lines above which a file is refused as corrupt (a few odd lines are tolerated and counted).
 MAX_BAD_LINE_SHARE = 0.01
@@ -41,7 +41,7 @@ def read_bytes(path: Path) -> bytes:
 def read_text(path: Path, encodings=("utf-8", "iso-8859-1")) -> tuple[str, str]:
     """The decoded text of a catalogue file and its sha256 (of the bytes as stored)."""
     raw = read_bytes(path)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = sha256_file(path)
     for enc in encodings:
         try:
             return raw.decode(enc).lstrip("\ufeff"), digest
@@ -218,7 +218,7 @@ def _label_texts(label: ET.Element) -> list[str]:
 def read_claml(path: Path, what: str) -> tuple[ET.Element, list[ClamlClass], str]:
     """The classes of a ClaML file (any classification) with their rubric texts."""
     raw = read_bytes(path)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = sha256_file(path)
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:

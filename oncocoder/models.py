@@ -24,6 +24,7 @@ import numpy as np
 
 from oncocoder import config
 from oncocoder.errors import UserError
+from oncocoder.files import sha256_file
 
 E5_DIR_NAME = "multilingual-e5-small"
 GEMMA_DIR_NAME = "gemma-3-270m"
@@ -252,7 +253,7 @@ def prepare_e5(target: Path, source: Path | None = None) -> Path:
         "prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None,
         "similarity_fn_name": "cosine"}, indent=2))
     _write_manifest(tmp, model_id=config.DEFAULT_EMBEDDING_MODEL, source=str(source),
-                    source_sha256=_sha256(source), converter="oncocoder.models.prepare_e5",
+                    source_sha256=sha256_file(source), converter="oncocoder.models.prepare_e5",
                     note=f"de-quantised from Q4_0; tokenizer normaliser NFKC + {n_explicit} explicit replacements",
                     seconds=round(time.time() - t0, 1))
     shutil.rmtree(target, ignore_errors=True)
@@ -305,13 +306,3 @@ def prepare_gemma(target: Path) -> Path:
     gguf.unlink()
     print(f"  wrote {target} ({time.time() - t0:.0f} s)", flush=True)
     return target
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

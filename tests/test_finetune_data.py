@@ -109,6 +109,9 @@ class StubRetriever:
             out[s] = [Cand(c, self.catalogue.title(c, s)) for c in codes[:k]]
         return out
 
+    def search_many(self, texts, k=10, systems=None):
+        return [self.search(t, k, systems) for t in texts]
+
 
 @pytest.fixture(scope="module")
 def stub_rag(tmp_path_factory, cat):
