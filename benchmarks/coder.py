@@ -41,7 +41,7 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(),
                           "device": "cuda" if torch.cuda.is_available() else "cpu"},
-              "batch_size": coder.cfg.batch_size, "modes": {}}
+              "batch_size": coder.batch_size, "modes": {}}
     for mode in args.modes.split(","):
         batch = rows[:args.thinking_rows] if mode == "thinking" else rows
         coder.code_batch(rows[:1], mode=mode)  # warm-up: models, adapters, compiled constraints

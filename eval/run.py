@@ -175,15 +175,8 @@ def run_eval(cfg: EvalConfig, coder: Coder | None = None, progress: bool = True)
 
     modes = check_config(cfg)
     if coder is None:
-        device = cfg.device
-        if cfg.batch_size:
-            batch = cfg.batch_size
-        else:
-            import torch
-
-            batch = 16 if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else 1
         coder = Coder(CoderConfig(mode=modes[0], base_model=cfg.base_model, adapters=dict(cfg.adapters),
-                                  device=device, batch_size=batch))
+                                  device=cfg.device, batch_size=cfg.batch_size))
     _check_adapters(coder.cfg, modes)
     catalogue = coder.catalogue or load_catalogue()
     sets = [load_testset(p, catalogue, limit=cfg.limit) for p in cfg.testsets]
@@ -284,7 +277,7 @@ def predict_mode(coder: Coder, rows: list, mode: str, path: Path, resume: bool =
     _write_lines(path, kept)  # drops stale and truncated lines before anything is appended
     if todo:
         _load_resources(coder, mode)
-    size = max(1, coder.cfg.batch_size)
+    size = coder.batch_size
     with tqdm(total=len(rows), initial=len(kept), desc=desc or mode, unit="text", disable=not progress) as bar, \
             open(path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), size):

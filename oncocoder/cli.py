@@ -139,7 +139,7 @@ def _coder(args):
             raise UserError("--adapter applies to the modes ft and rag+ft.")
         adapters["ft" if args.mode == "ft" else "rag-ft"] = args.adapter
     cfg = CoderConfig(mode=args.mode, base_model=args.base_model, adapters=adapters, device=args.device,
-                      batch_size=args.batch_size or (16 if args.device == "cuda" else 1),
+                      batch_size=args.batch_size,
                       thinking_budget=args.thinking_budget)
     return Coder(cfg)
 
