@@ -113,6 +113,15 @@ class Coder:
             self.catalogue = self._retriever.catalogue
         return self._retriever
 
+    def loaded(self, mode: str) -> bool:
+        """Whether coding in `mode` can start without loading a model or adapter first."""
+        if self._retriever is None:
+            return False
+        if mode == "retrieval":
+            return True
+        name = ADAPTER_MODES.get(mode)
+        return self._llm is not None and (name is None or name in self._llm.adapters)
+
     @property
     def batch_size(self) -> int:
         if self.cfg.batch_size:

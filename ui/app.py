@@ -61,32 +61,21 @@ class Models:
     def __init__(self, coder: Coder):
         self.coder = coder
         self._lock = threading.Lock()
-        self._loaded: set[str] = set()  # "retriever", "llm": what a finished call has loaded
 
     def needs_loading(self, mode: str) -> bool:
-        return "retriever" not in self._loaded or (mode != "retrieval" and "llm" not in self._loaded)
-
-    def _mark(self, mode: str) -> None:
-        self._loaded.add("retriever")
-        if mode != "retrieval":
-            self._loaded.add("llm")
+        return not self.coder.loaded(mode)
 
     def code(self, text: str, mode: str) -> Prediction:
         with self._lock:
-            pred = self.coder.code(text, mode=mode)
-        self._mark(mode)
-        return pred
+            return self.coder.code(text, mode=mode)
 
     def code_file(self, rows: list[dict], out: Path, mode: str, progress) -> dict:
         with self._lock:
-            summary = code_file(self.coder, rows, out, mode=mode, progress=progress)
-        self._mark(mode)
-        return summary
+            return code_file(self.coder, rows, out, mode=mode, progress=progress)
 
     def search(self, text: str, k: int, systems: list[str]):
         with self._lock:  # only the first call loads; searches themselves are quick
             retriever = self.coder.retriever
-        self._loaded.add("retriever")
         return retriever.search(text, k=k, systems=systems)
 
     def catalogue(self) -> Catalogue:
