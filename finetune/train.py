@@ -141,6 +141,8 @@ def _load(cfg: TrainConfig, device: str, bf16: bool):
         peft_model = get_peft_model(llm.model, lora)
     except ValueError as exc:
         raise UserError(f"LoRA could not be applied to {cfg.base_model} ({exc}); pass --target-modules.") from exc
+    # the adapter names the base model by its id, not by the local folder it was loaded from
+    peft_model.peft_config["default"].base_model_name_or_path = cfg.base_model
     if cfg.gradient_checkpointing:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.enable_input_require_grads()
