@@ -5,7 +5,8 @@ For one text and one system:
 2. Dense: the query embedding against the FAISS store; lexical: its character n-grams against the inverted
    TF-IDF matrix. Each gives the best-matching catalogue rows.
 3. Rows are turned into codes (a code scores with its best row) and the two code rankings are fused by
-   reciprocal rank fusion (or taken alone: `method="dense"` / `"lexical"`).
+   reciprocal rank fusion (or taken alone: `method="dense"` / `"lexical"`). By default ICD-O-3 morphology uses
+   the lexical ranking alone (`system_methods`), which the retrieval benchmark measured best for histology terms.
 4. ICD-O-3 topography also fuses the topography that the ICD-10-GM candidates imply (index/crosswalk.py):
    "Lungen-Adeno-Ca re. UL" finds C34.3 in ICD-10-GM, which names topography C34.3.
 5. Hierarchy: a code also earns a share of the best score in its 3-character category, and the codable
@@ -46,7 +47,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    method: str = "fused"
+    method: str = "fused"  # every system's method, unless system_methods names another one for it
+    # measured best per system (benchmarks/results/retrieval.md): histology terms match best by characters
+    system_methods: tuple[tuple[str, str], ...] = (("icdo_morphology", "lexical"),)
     depth: int = 100  # rows taken from each search before fusion
     rrf_k: int = 20  # reciprocal rank fusion constant
     dense_weight: float = 1.0
@@ -74,8 +77,9 @@ class Retriever:
 
     def __init__(self, index_cfg: IndexConfig = IndexConfig(), cfg: RetrievalConfig = RetrievalConfig(),
                  catalogue: Catalogue | None = None, embedder: Embedder | None = None):
-        if cfg.method not in METHODS:
-            raise UserError(f"Unknown retrieval method {cfg.method!r}; choose one of {', '.join(METHODS)}.")
+        for method in (cfg.method, *(m for _, m in cfg.system_methods)):
+            if method not in METHODS:
+                raise UserError(f"Unknown retrieval method {method!r}; choose one of {', '.join(METHODS)}.")
         self.index_cfg, self.cfg = index_cfg, cfg
         self.catalogue = catalogue or load_catalogue(index_cfg.alphabet)
         self.systems = load_index(index_cfg, self.catalogue)
@@ -189,10 +193,13 @@ class Retriever:
             main = expand(validate_text(text)) or text
             per_text.append([main] + query_variants(main))
         vectors: dict[str, object] = {}
-        if self.cfg.method != "lexical":
+        if any(self.method_for(s) != "lexical" for s in systems):
             unique = list(dict.fromkeys(q for queries in per_text for q in queries))
             vectors = dict(zip(unique, self.embedder.queries(unique))) if unique else {}
         return [self._search_queries(queries, [vectors.get(q) for q in queries], k, systems) for queries in per_text]
+
+    def method_for(self, system: str) -> str:
+        return dict(self.cfg.system_methods).get(system, self.cfg.method)
 
     def _search_queries(self, queries: list[str], qvecs: list, k: int, systems: list[str]) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}
@@ -218,10 +225,11 @@ class Retriever:
     def _search_system(self, ix: SystemIndex, queries: list[str], qvecs, k: int,
                        extra: list[tuple[float, dict[str, str]]] = ()) -> list[Candidate]:
         rankings = list(extra)
+        method = self.method_for(ix.system)
         for query, qvec in zip(queries, qvecs):
-            if self.cfg.method in ("fused", "dense"):
+            if method in ("fused", "dense"):
                 rankings.append((self.cfg.dense_weight, self._code_ranking(ix, *self._dense(ix, qvec))))
-            if self.cfg.method in ("fused", "lexical"):
+            if method in ("fused", "lexical"):
                 rankings.append((self.cfg.lexical_weight, self._code_ranking(ix, *self._lexical(ix, query))))
         scores, matched = self._fuse(rankings)
         final = self._hierarchy(ix.system, scores)

@@ -99,7 +99,8 @@ def cmd_search(args) -> int:
     if args.input and not args.output:
         raise UserError("--input needs --output OUT.jsonl.")
     systems = [args.system] if args.system else None
-    retriever = Retriever(_index_config(args), RetrievalConfig(method=args.method))
+    retrieval = RetrievalConfig() if args.method is None else RetrievalConfig(method=args.method, system_methods=())
+    retriever = Retriever(_index_config(args), retrieval)
     if args.text is not None:
         result = retriever.search(args.text, k=args.k, systems=systems)
         if args.json:
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the candidates as JSON")
     p.add_argument("--input", help="JSONL file with `id` and `text` per line")
     p.add_argument("--output", help="JSONL output, one line per input row")
-    p.add_argument("--method", default="fused", choices=["fused", "dense", "lexical"])
+    p.add_argument("--method", choices=["fused", "dense", "lexical"],
+                   help="one method for every system (default: fused, morphology lexical; see README)")
     _add_index_args(p)
     p.set_defaults(func=cmd_search)
 

@@ -9,7 +9,7 @@ from oncocoder import cli
 from oncocoder.errors import UserError
 from oncocoder.index.catalogue import Catalogue
 from oncocoder.index.embedding import embedding_config
-from oncocoder.index.retrieve import Retriever
+from oncocoder.index.retrieve import RetrievalConfig, Retriever
 from oncocoder.index.store import IndexConfig, build_index, load_index
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,20 @@ def test_history_convention_brings_z85(retriever):
 def test_topography_follows_from_icd10(retriever):
     topo = [c.code for c in retriever.search("Haarzell-Leukämie", k=5)["icdo_topography"]]
     assert "C42.1" in topo
+
+
+def test_morphology_uses_lexical_ranking_by_default(retriever):
+    text = "Muzinöses Adenokarzinom des Colon ascendens"
+    default = retriever.search(text, k=10)
+    lexical = Retriever(retriever.index_cfg, RetrievalConfig(method="lexical", system_methods=()),
+                        embedder=retriever.embedder).search(text, k=10, systems=["icdo_morphology"])
+    fused = Retriever(retriever.index_cfg, RetrievalConfig(system_methods=()),
+                      embedder=retriever.embedder).search(text, k=10, systems=["icd10gm"])
+    assert default["icdo_morphology"] == lexical["icdo_morphology"]
+    assert default["icd10gm"] == fused["icd10gm"]
+    assert default["icdo_morphology"][0].code == "8480/3"
+    with pytest.raises(UserError, match="Unknown retrieval method"):
+        Retriever(retriever.index_cfg, RetrievalConfig(system_methods=(("icdo_morphology", "bm42"),)))
 
 
 def test_bad_input(retriever):
