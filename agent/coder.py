@@ -63,7 +63,7 @@ class Prediction(BaseModel):
 
 @dataclass(frozen=True)
 class CoderConfig:
-    mode: str = "rag+ft"
+    mode: str = config.DEFAULT_MODE
     base_model: str = config.DEFAULT_BASE_MODEL
     adapters: dict[str, str] = field(default_factory=lambda: {
         name: str(SHIPPED_ADAPTERS / name) for name in ADAPTER_MODES.values()})

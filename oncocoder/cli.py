@@ -218,7 +218,7 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from oncocoder.ui.app import launch
 
-    args.mode = "rag+ft"
+    args.mode = config.DEFAULT_MODE
     launch(host=args.host, port=args.port, coder=_coder(args))
     return 0
 
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("code", help="code a text or a file of texts (JSONL with id/text, or CSV with a text column)")
     p.add_argument("text", nargs="?", help="diagnosis text")
-    p.add_argument("--mode", default="rag+ft", help="retrieval, base, ft, rag, rag+ft or thinking (default: %(default)s)")
+    p.add_argument("--mode", default=config.DEFAULT_MODE, help="retrieval, base, ft, rag, rag+ft or thinking (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     p.add_argument("--input", help="JSONL (id, text) or CSV (text column) file")
     p.add_argument("--output", help="JSONL output: one prediction per input row, in input order")

@@ -44,7 +44,7 @@ EXAMPLES = [
     "Basaliom Nasenrücken",
     "Glioblastom temporal re.",
 ]
-DEFAULT_MODE = "rag+ft"
+DEFAULT_MODE = config.DEFAULT_MODE
 SYSTEM_LABELS = {"icd10gm": "ICD-10-GM", "icdo_topography": "ICD-O-3 Topographie",
                  "icdo_morphology": "ICD-O-3 Morphologie"}
 CANDIDATE_HEADERS = ["✓", "System", "Code", "Titel", "Katalogbegriff", "Score"]
