@@ -9,7 +9,7 @@ import pytest
 
 from oncocoder import cli
 from oncocoder.agent.batch import parse_csv, read_rows
-from oncocoder.agent.coder import MODES, Coder, CoderConfig
+from oncocoder.agent.coder import ADAPTER_MODES, MODES, Coder, CoderConfig
 from oncocoder.agent.llm import LLM, LLMConfig
 from oncocoder.errors import UserError
 from oncocoder.finetune.train import TrainConfig, train
@@ -150,3 +150,15 @@ def test_default_gemma_rag_mode(retriever, catalogue):
     pred = Coder(CoderConfig(mode="rag"), retriever=retriever).code("Adenokarzinom des Magens")
     _check_valid(pred, catalogue)
     assert pred.model == "google/gemma-3-270m"
+
+
+def test_shipped_adapters_work_with_the_default_model(retriever, catalogue):
+    """`make demo` / `make eval` use the adapters in agent/adapters right after `make setup`."""
+    coder = Coder(CoderConfig(), retriever=retriever)
+    preds = {mode: coder.code("Plattenepithelkarzinom des Ösophagus", mode=mode) for mode in ("ft", "rag+ft")}
+    for mode, pred in preds.items():
+        _check_valid(pred, catalogue)
+        assert pred.adapter == CoderConfig().adapters[ADAPTER_MODES[mode]]
+    assert set(coder.llm_for("ft").adapters) == {"ft", "rag-ft"}
+    # the adapters change the model: their tumor answers differ in confidence from each other
+    assert preds["ft"].is_tumor_confidence != preds["rag+ft"].is_tumor_confidence
