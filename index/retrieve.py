@@ -77,7 +77,8 @@ class Retriever:
 
     def __init__(self, index_cfg: IndexConfig = IndexConfig(), cfg: RetrievalConfig = RetrievalConfig(),
                  catalogue: Catalogue | None = None, embedder: Embedder | None = None):
-        for method in (cfg.method, *(m for _, m in cfg.system_methods)):
+        self._system_methods = dict(cfg.system_methods)
+        for method in (cfg.method, *self._system_methods.values()):
             if method not in METHODS:
                 raise UserError(f"Unknown retrieval method {method!r}; choose one of {', '.join(METHODS)}.")
         self.index_cfg, self.cfg = index_cfg, cfg
@@ -199,7 +200,7 @@ class Retriever:
         return [self._search_queries(queries, [vectors.get(q) for q in queries], k, systems) for queries in per_text]
 
     def method_for(self, system: str) -> str:
-        return dict(self.cfg.system_methods).get(system, self.cfg.method)
+        return self._system_methods.get(system, self.cfg.method)
 
     def _search_queries(self, queries: list[str], qvecs: list, k: int, systems: list[str]) -> dict[str, list[Candidate]]:
         out: dict[str, list[Candidate]] = {}

@@ -44,7 +44,6 @@ EXAMPLES = [
     "Basaliom Nasenrücken",
     "Glioblastom temporal re.",
 ]
-DEFAULT_MODE = config.DEFAULT_MODE
 SYSTEM_LABELS = {"icd10gm": "ICD-10-GM", "icdo_topography": "ICD-O-3 Topographie",
                  "icdo_morphology": "ICD-O-3 Morphologie"}
 CANDIDATE_HEADERS = ["✓", "System", "Code", "Titel", "Katalogbegriff", "Score"]
@@ -136,7 +135,7 @@ def build_code_tab(models: Models) -> None:
                               max_length=config.MAX_TEXT_CHARS * 2, elem_id="code-text")
             gr.Examples(EXAMPLES, inputs=[text], label="Beispiele (anklicken)")
         with gr.Column(scale=2):
-            mode = gr.Radio(list(MODES), value=DEFAULT_MODE, label="Modus", elem_id="code-mode",
+            mode = gr.Radio(list(MODES), value=config.DEFAULT_MODE, label="Modus", elem_id="code-mode",
                             info="retrieval: nur Suche · base/ft: Modell ohne Kandidaten · rag/rag+ft: Modell wählt "
                                  "unter Kandidaten · thinking: erst Überlegung, dann Antwort")
             run = gr.Button("Kodieren", variant="primary", elem_id="code-run")
@@ -263,7 +262,7 @@ def build_batch_tab(models: Models, out_dir: Path) -> None:
     with gr.Row():
         upload = gr.File(label="Eingabedatei", file_types=[".csv", ".jsonl", ".json", ".ndjson"],
                          type="filepath", elem_id="batch-upload")
-        mode = gr.Radio(list(MODES), value=DEFAULT_MODE, label="Modus", elem_id="batch-mode")
+        mode = gr.Radio(list(MODES), value=config.DEFAULT_MODE, label="Modus", elem_id="batch-mode")
     run = gr.Button("Datei kodieren", variant="primary", elem_id="batch-run")
     status = gr.Markdown(elem_id="batch-status")
     summary = gr.Markdown(elem_id="batch-summary")
